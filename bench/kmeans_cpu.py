@@ -4,9 +4,16 @@ Part A  50,000 x 512 to K=1,000, 20 Lloyd iterations, one shared k-means++
         seeding: mlcd (faiss backend, and the torch backend on CPU) against
         scikit-learn ``KMeans(algorithm="lloyd")`` and bare ``faiss.Kmeans``,
         all started from the same centers. Time and inertia as ratios.
-Part B  1,000,000 x 256 to K=10,000: mlcd's two-level seeding (alone, and
-        followed by full Lloyd iterations) against faiss
-        ``contrib.clustering.two_level_clustering``.
+Part B  1,000,000 x 256 to K=10,000, two-level clustering with the same
+        number of Lloyd iterations per level on both sides (``--n-iter``,
+        default 25, faiss' own default): faiss
+        ``contrib.clustering.two_level_clustering`` (its first level trains
+        on at most 2000 rows per coarse center, its second level on every
+        row of the group) against mlcd's two-level seeding given all rows
+        (``init="two-level", init_sample_size=n, init_iter=n_iter``), whose
+        first level is capped at 2000 rows per coarse center the same way.
+        Optionally (``--full-iter M``) mlcd's default two-level (on its
+        default sample) followed by M full Lloyd iterations on all rows.
 
 Timing notes
 - The seeding is timed apart and is not in the Lloyd times of part A.
@@ -14,15 +21,21 @@ Timing notes
   (labels and inertia); faiss does not. Part A therefore compares mlcd's
   *iterations only* with faiss and mlcd's *iterations + final pass* with
   scikit-learn; both numbers are in the JSON.
-- Every inertia is the sum of squared distances of all rows to the nearest
-  center, computed the same way for every method (exact float64 rescoring of
-  a faiss nearest-center search), outside the timings.
+- Every inertia is the sum of squared distances of the rows to the nearest
+  center, computed by one function for every method (exact float64
+  rescoring of a faiss nearest-center search), outside the timings; in part B
+  on all rows unless ``--inertia-rows`` picks a seeded subset (the same rows
+  for every method). Each evaluation costs one n x K x d search.
+- mlcd's seeding-only fit of part B still ends with its assignment pass
+  (one n x K x d search); its time is reported apart
+  (``time_with_final_assignment_s``) and not in ``time_s``.
 
 Usage::
 
     python bench/kmeans_cpu.py            # full size (minutes on a 2-core machine)
     python bench/kmeans_cpu.py --quick    # a small variant, to check it runs
     python bench/kmeans_cpu.py --part a   # only part A
+    python bench/kmeans_cpu.py --part b --n 50000 --k 500 --n-iter 10   # part B, small
 
 Prints a table and writes JSON under bench/results/.
 """
@@ -30,8 +43,8 @@ Prints a table and writes JSON under bench/results/.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as _dt
-import json
 import os
 import platform
 import sys
@@ -187,44 +200,93 @@ def part_a(n: int, d: int, k: int, n_iter: int, seed: int, threads: int, with_to
     }
 
 
-def part_b(n: int, d: int, k: int, n_iter_full: int, seed: int) -> dict:
+@contextlib.contextmanager
+def faiss_two_level_fixes(niter: int):
+    """Two adjustments to ``faiss.Kmeans`` inside the block, for ``two_level_clustering``.
+
+    1. Iterations: ``two_level_clustering`` gives its ``clustering_niter`` to
+       the first level only; the second level is ``faiss.Kmeans(d, nc2,
+       **args)`` with faiss' default of 25 iterations (and ``niter`` cannot
+       go through ``args``: the first level already sets it). This sets the
+       default, so both levels run ``niter`` iterations, as mlcd's do.
+    2. Groups allotted no center: with ``rebalance=True`` (its default) a
+       coarse group much smaller than average gets ``nc2 = 0`` centers, and
+       faiss then fails in ``subsample_training_set``. Training 0 centers
+       here gives an empty ``[0, d]`` array instead, which is what the
+       allocation meant (the totals still add up to ``nc2``).
+    Yields a dict counting the groups that got no center.
+    """
+    import faiss
+
+    original = faiss.Kmeans
+    info = {"groups_with_no_center": 0}
+
+    class Kmeans(original):
+        def __init__(self, d, k, **kwargs):
+            kwargs.setdefault("niter", niter)
+            super().__init__(d, k, **kwargs)
+
+        def train(self, x, *args, **kwargs):
+            if self.k == 0:
+                info["groups_with_no_center"] += 1
+                self.centroids = np.zeros((0, self.d), dtype=np.float32)
+                self.iteration_stats = []
+                return 0.0
+            return super().train(x, *args, **kwargs)
+
+    faiss.Kmeans = Kmeans
+    try:
+        yield info
+    finally:
+        faiss.Kmeans = original
+
+
+def part_b(n: int, d: int, k: int, n_iter: int, full_iter: int, inertia_rows: int, seed: int) -> dict:
     from faiss.contrib.clustering import two_level_clustering
 
     from mlcd.cluster import KMeans
 
     x = synthetic(n, d, max(2 * k, 10), seed)
     k1 = int(round(np.sqrt(k)))
+    # one inertia function, on one set of rows, for every method (outside the timings)
+    if inertia_rows >= n:
+        x_eval = x
+    else:
+        pick = np.sort(np.random.default_rng(seed + 1).choice(n, size=inertia_rows, replace=False))
+        x_eval = np.ascontiguousarray(x[pick])
     rows = {}
-    note = None
-    try:
-        (cf, _), t = timed(lambda: two_level_clustering(x, k1, k, clustering_niter=25, seed=seed))
-    except RuntimeError as e:  # rebalancing can give a coarse group 0 centers, which faiss refuses
-        note = f"rebalance=True failed ({str(e).splitlines()[-1][:120]}); ran with rebalance=False"
-        (cf, _), t = timed(
-            lambda: two_level_clustering(x, k1, k, rebalance=False, clustering_niter=25, seed=seed)
-        )
-    rows["faiss two_level_clustering (25 it/level)"] = {"time_s": t, "inertia": inertia(x, cf), "note": note}
+    name_f = f"faiss two_level_clustering ({n_iter} it/level)"
+    with faiss_two_level_fixes(n_iter) as info:
+        (cf, _), t = timed(lambda: two_level_clustering(x, k1, k, clustering_niter=n_iter, seed=seed))
+    assert cf.shape == (k, d), cf.shape
+    rows[name_f] = {"time_s": t, "inertia": inertia(x_eval, cf), **info}
 
-    km = KMeans(k, n_iter=0, init="two-level", init_sample_size=n, init_iter=25, seed=seed, verbose=False)
+    km = KMeans(k, n_iter=0, init="two-level", init_sample_size=n, init_iter=n_iter, seed=seed, verbose=False)
     _, t = timed(lambda: km.fit(x))
-    rows["mlcd two-level seeding only (all rows, 25 it/level)"] = {
+    rows[f"mlcd two-level seeding ({n_iter} it/level, all rows)"] = {
         "time_s": km.timings_["seeding"],
         "time_with_final_assignment_s": t,
-        "inertia": inertia(x, km.cluster_centers_),
+        "inertia": inertia(x_eval, km.cluster_centers_),
+        "inertia_reported_all_rows": km.inertia_,
     }
-    km2 = KMeans(k, n_iter=n_iter_full, init="two-level", seed=seed, verbose=False)
-    _, t = timed(lambda: km2.fit(x))
-    rows[f"mlcd two-level (default sample) + {n_iter_full} full Lloyd it"] = {
-        "time_s": km2.timings_["seeding"] + km2.timings_["iterations"],
-        "time_with_final_assignment_s": t,
-        "inertia": inertia(x, km2.cluster_centers_),
-        "empty_repairs": km2.n_empty_repairs_,
-    }
-    base = rows["faiss two_level_clustering (25 it/level)"]
+    if full_iter > 0:
+        km2 = KMeans(k, n_iter=full_iter, init="two-level", init_iter=n_iter, seed=seed, verbose=False)
+        _, t = timed(lambda: km2.fit(x))
+        rows[f"mlcd two-level (default sample, {n_iter} it/level) + {full_iter} full Lloyd it"] = {
+            "time_s": km2.timings_["seeding"] + km2.timings_["iterations"],
+            "time_with_final_assignment_s": t,
+            "inertia": inertia(x_eval, km2.cluster_centers_),
+            "inertia_reported_all_rows": km2.inertia_,
+            "empty_repairs": km2.n_empty_repairs_,
+        }
+    base = rows[name_f]
     ratios = {f"{name} / faiss": {"time": r["time_s"] / base["time_s"], "inertia": r["inertia"] / base["inertia"]}
               for name, r in rows.items() if r is not base}
     return {
-        "config": {"n": n, "d": d, "k": k, "k1": k1, "seed": seed, "n_iter_full": n_iter_full},
+        "config": {
+            "n": n, "d": d, "k": k, "k1": k1, "seed": seed, "iterations_per_level": n_iter,
+            "full_lloyd_iterations": full_iter, "inertia_rows": int(x_eval.shape[0]),
+        },
         "rows": rows,
         "ratios": ratios,
     }
@@ -253,6 +315,16 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=os.cpu_count(), help="CPU threads for every library")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-torch", action="store_true", help="skip the torch-on-CPU row of part A")
+    ap.add_argument("--n", type=int, default=None, help="rows (overrides the part's size)")
+    ap.add_argument("--d", type=int, default=None, help="dimension")
+    ap.add_argument("--k", type=int, default=None, help="clusters")
+    ap.add_argument("--n-iter", type=int, default=None,
+                    help="part A: Lloyd iterations; part B: iterations per level, the same for faiss and mlcd")
+    ap.add_argument("--full-iter", type=int, default=None,
+                    help="part B: also run mlcd's default two-level followed by this many full Lloyd "
+                         "iterations (0: skip that row; each costs two passes of n x K x d)")
+    ap.add_argument("--inertia-rows", type=int, default=None,
+                    help="part B: evaluate every inertia on this many (seeded) rows (default: all rows)")
     ap.add_argument("--out", type=Path, default=None, help="JSON path (default bench/results/kmeans_cpu[-quick]-DATE.json)")
     args = ap.parse_args(argv)
 
@@ -262,10 +334,16 @@ def main(argv=None) -> int:
               f"will distort the timings (see machine.load_average_at_start in the JSON)", file=sys.stderr)
     if args.quick:
         a_cfg = dict(n=10_000, d=128, k=100, n_iter=10)
-        b_cfg = dict(n=100_000, d=64, k=1_000, n_iter_full=3)
+        b_cfg = dict(n=100_000, d=64, k=1_000, n_iter=10, full_iter=1, inertia_rows=100_000)
     else:
         a_cfg = dict(n=50_000, d=512, k=1_000, n_iter=20)
-        b_cfg = dict(n=1_000_000, d=256, k=10_000, n_iter_full=5)
+        b_cfg = dict(n=1_000_000, d=256, k=10_000, n_iter=25, full_iter=0, inertia_rows=1_000_000)
+    for cfg in (a_cfg, b_cfg):
+        for key in ("n", "d", "k", "n_iter", "full_iter", "inertia_rows"):
+            val = getattr(args, key)
+            if val is not None and key in cfg:
+                cfg[key] = val
+    b_cfg["inertia_rows"] = min(b_cfg["inertia_rows"], b_cfg["n"])
 
     now = _dt.datetime.now().astimezone()
     result = {
@@ -284,7 +362,7 @@ def main(argv=None) -> int:
 
     out = args.out
     if out is None:
-        tag = "-quick" if args.quick else ""
+        tag = "-quick" if args.quick else ("" if args.part == "both" else f"-part{args.part}")
         out = ROOT / "bench" / "results" / f"kmeans_cpu{tag}-{now.strftime('%Y%m%d-%H%M%S')}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     from mlcd._io import atomic_write_json

@@ -91,14 +91,28 @@ def test_info_on_missing_store(tmp_path):
 
 def test_demo_small(tmp_path):
     out = tmp_path / "demo"
-    result = invoke("demo", "--out", out, "--n-images", "300", "--image-size", "32", "--device", "cpu", "--quiet")
+    result = invoke("demo", "--out", out, "--n-images", "200", "--n-eval", "60", "--image-size", "16", "--k", "20",
+                    "--epochs", "1", "--device", "cpu", "--quiet")
     assert result.exit_code == 0, result.output
     results = json.loads((out / "results.json").read_text())
-    scores = results["cluster_scores"]
-    assert set(scores) == {"nmi", "acc", "ari"}
-    assert all(0.0 <= scores[k] <= 1.0 for k in ("nmi", "acc"))
-    assert results["n_images"] == 300
+    assert list(results["evaluation"]) == ["random init", "l=1 softmax", "l=8 mlcd"]
+    for scores in results["evaluation"].values():
+        assert set(scores) == {"knn_top1", "knn_shape", "knn_colour", "multilabel_map", "cluster_nmi"}
+        assert all(0.0 <= value <= 1.0 for value in scores.values())
+    # the two runs trained on the same top-8 labels, one with the first label only
+    for folder, l, loss in (("train-l1-softmax", 1, "softmax"), ("train-l8-mlcd", 8, "mlcd")):
+        summary = json.loads((out / folder / "summary.json").read_text())
+        assert (summary["labels_per_image"], summary["loss"], summary["k"]) == (l, loss, 20)
+        assert (out / folder / "encoder.pt").is_file()
+    assert results["evaluation"]["l=8 mlcd"] != results["evaluation"]["random init"]
     assert str((out / "results.json").resolve()) in result.output
+    assert "l=8 mlcd" in result.output and "kNN" in result.output
+
+
+def test_demo_refuses_too_few_scenes(tmp_path):
+    result = invoke("demo", "--out", tmp_path / "d", "--n-images", "100", "--n-eval", "5", "--quiet")
+    assert result.exit_code == 2
+    assert "--n-eval" in result.output or "n_eval" in result.output
 
 
 def test_embed_cluster_label_chain(tmp_path):

@@ -205,6 +205,8 @@ def train(
     amp: Annotated[str, typer.Option("--amp", help="'auto' (bf16 on CUDA), 'bf16', 'fp16' or 'off'.")] = "auto",
     image_size: Annotated[Optional[int], typer.Option("--image-size", min=8, help="Training resolution (default: the encoder's).")] = None,
     augment: Annotated[bool, typer.Option("--augment/--no-augment", help="Random resized crop, flip, colour jitter, grayscale.")] = True,
+    hue_jitter: Annotated[float, typer.Option("--hue-jitter", help="Largest hue rotation in turns, 0 to 0.5 (0 when colour matters).")] = 0.1,
+    grayscale_prob: Annotated[float, typer.Option("--grayscale-prob", help="Probability of a grey image (0 when colour matters).")] = 0.2,
     eval_source: Annotated[Optional[str], typer.Option("--eval-source", help="Labelled images for the periodic kNN evaluation.")] = None,
     eval_subset: Annotated[Optional[str], typer.Option("--eval-subset", help="Sub-folder of --eval-source (e.g. 'test').")] = None,
     eval_every: Annotated[int, typer.Option("--eval-every", min=0, help="kNN evaluation every N epochs (0 = at the end only).")] = 0,
@@ -236,7 +238,8 @@ def train(
             projection=projection, embed_dim=embed_dim, init_centers=init_centers, epochs=epochs, steps=steps,
             batch_size=batch_size, lr=lr, weight_decay=weight_decay, warmup_epochs=warmup_epochs,
             grad_clip=grad_clip or None, amp=amp, image_size=image_size, augment=augment,
-            eval_every=eval_every, eval_fraction=eval_fraction, checkpoint_every=checkpoint_every,
+            hue_jitter=hue_jitter, grayscale_prob=grayscale_prob, eval_every=eval_every,
+            eval_fraction=eval_fraction, checkpoint_every=checkpoint_every,
             compile=compile_model, seed=seed, device=device,
         )
     except _user_errors() as err:
@@ -353,17 +356,21 @@ def info(
 @app.command()
 def demo(
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the demo's results.")] = Path("mlcd-demo"),
-    n_images: Annotated[int, typer.Option("--n-images", min=100, help="Number of builtin:shapes scenes to generate.")] = 2000,
-    image_size: Annotated[int, typer.Option("--image-size", min=16, help="Scene size in pixels.")] = 64,
-    seed: Annotated[int, typer.Option("--seed", help="Seed for data, encoder and clustering.")] = 0,
+    n_images: Annotated[int, typer.Option("--n-images", min=100, help="Number of builtin:shapes training scenes.")] = 3000,
+    n_eval: Annotated[int, typer.Option("--n-eval", min=20, help="Number of evaluation scenes (another seed).")] = 1000,
+    image_size: Annotated[int, typer.Option("--image-size", min=16, help="Scene size in pixels.")] = 32,
+    k: Annotated[int, typer.Option("--k", "-k", min=2, help="Number of k-means centers (classes to discriminate).")] = 300,
+    epochs: Annotated[int, typer.Option("--epochs", min=1, help="Training epochs of each run.")] = 10,
+    seed: Annotated[int, typer.Option("--seed", help="Seed for data, encoder, clustering and training.")] = 0,
     device: Annotated[str, typer.Option("--device", help="'auto', 'cpu' or 'cuda'.")] = "auto",
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
 ) -> None:
-    """Run the main job on the built-in shapes data and print where the results are."""
+    """MLCD on built-in scenes: embed, cluster, train with l=1 and l=8, and compare before and after."""
     from mlcd.demo import run_demo
 
     try:
-        run_demo(out, n_images=n_images, image_size=image_size, seed=seed, device=device, progress=not quiet)
+        run_demo(out, n_images=n_images, n_eval=n_eval, image_size=image_size, k=k, epochs=epochs, seed=seed,
+                 device=device, progress=not quiet)
     except _user_errors() as err:
         _fail(str(err))
 

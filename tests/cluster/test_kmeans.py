@@ -266,3 +266,77 @@ def test_centers_folder_round_trip(data, tmp_path):
     loaded = KMeans.load(tmp_path / "c", verbose=False)
     assert loaded.spherical is True
     np.testing.assert_array_equal(loaded.predict(data), km.labels_)
+
+
+@pytest.mark.parametrize("k", [7, 3000])  # every center present / fewer rows than centers
+def test_center_stats_equal_row_by_row_float64_whatever_the_batches(k, monkeypatch):
+    """The CPU totals add rows in row order exactly as index_add_ does, so batch and chunk sizes change nothing."""
+    from mlcd.cluster._init import CenterStats
+
+    monkeypatch.setattr(CenterStats, "_CHUNK_FLOATS", 1)  # the smallest chunks (1024 rows)
+    rng = np.random.default_rng(0)
+    n, d = 2500, 12
+    x = (rng.standard_normal((n, d)) * 0.5 + 30).astype(np.float32)  # far from the origin
+    lab = rng.integers(k, size=n)
+    xt, lt = torch.from_numpy(x), torch.from_numpy(lab)
+    c = torch.from_numpy((rng.standard_normal((k, d)) * 0.5 + 30).astype(np.float32))
+    ref_sums = torch.zeros(k, d, dtype=torch.float64).index_add_(0, lt, xt.double())
+    ref_sse = torch.zeros(k, dtype=torch.float64).index_add_(0, lt, ((xt.double() - c.double()[lt]) ** 2).sum(1))
+    for bs in (n, 999, 64):
+        st = CenterStats(k, d, torch.device("cpu"))
+        for s in range(0, n, bs):
+            st.add(xt[s : s + bs], lt[s : s + bs])
+        assert torch.equal(st.sums, ref_sums)
+        assert torch.equal(st.counts, torch.bincount(lt, minlength=k).double())
+        # sum |x|^2 - 2 c.sum x + n |c|^2 in float64: far more exact than a float32 distance
+        torch.testing.assert_close(st.sse(c), ref_sse, rtol=1e-10, atol=1e-9)
+
+
+def test_two_level_first_level_trains_on_capped_subsample(data, monkeypatch):
+    """The coarse level sees at most cap * round(sqrt(K)) rows; the second level sees every row."""
+    from mlcd.cluster import _init
+
+    calls = {"kpp": [], "lloyd": [], "second": 0}
+    kpp, lloyd, rnd = _init.kmeans_plusplus, _init.lloyd_in_memory, _init.random_init
+
+    def count_kpp(x, k, rng, *a, **kw):
+        calls["kpp"].append(x.shape[0])
+        return kpp(x, k, rng, *a, **kw)
+
+    def count_lloyd(x, c, *a, **kw):
+        calls["lloyd"].append(x.shape[0])
+        return lloyd(x, c, *a, **kw)
+
+    def count_random(x, k, rng):  # called once per second-level group, on all its rows
+        calls["second"] += x.shape[0]
+        return rnd(x, k, rng)
+
+    monkeypatch.setattr(_init, "kmeans_plusplus", count_kpp)
+    monkeypatch.setattr(_init, "lloyd_in_memory", count_lloyd)
+    monkeypatch.setattr(_init, "random_init", count_random)
+    monkeypatch.setattr(_init, "COARSE_MAX_POINTS_PER_CENTER", 40)
+    k, k1 = 100, 10  # 400 coarse training rows of 2000
+    fit = lambda seed: KMeans(k, n_iter=0, init="two-level", seed=seed, verbose=False).fit(data)  # noqa: E731
+    a = fit(3)
+    assert calls["kpp"] == [40 * k1] and calls["lloyd"][0] == 40 * k1
+    assert calls["second"] == len(data)  # every sampled row reached a group of the second level
+    c = a.cluster_centers_
+    assert c.shape == (k, 16) and np.isfinite(c).all() and len(np.unique(c.round(5), axis=0)) == k
+    # deterministic for a seed, and the subsample depends on it
+    assert np.array_equal(fit(3).cluster_centers_, c)
+    assert not np.array_equal(fit(4).cluster_centers_, c)
+    # a cap above the sample size trains the first level on every row (and draws no subsample)
+    calls["kpp"].clear()
+    monkeypatch.setattr(_init, "COARSE_MAX_POINTS_PER_CENTER", 2000)
+    fit(3)
+    assert calls["kpp"] == [len(data)]
+
+
+def test_two_level_coarse_cap_default_matches_faiss():
+    import inspect
+
+    from faiss.contrib import clustering
+
+    from mlcd.cluster._init import COARSE_MAX_POINTS_PER_CENTER
+
+    assert f"max_points_per_centroid={COARSE_MAX_POINTS_PER_CENTER}" in inspect.getsource(clustering.two_level_clustering)

@@ -21,6 +21,9 @@ from mlcd.train import LabelAlignmentError, TrainConfig, TrainConfigError, Train
     (dict(eval_fraction=1.0), "eval_fraction"),
     (dict(crop_scale=(0.5, 0.2)), "crop_scale"),
     (dict(epochs=0), "epochs"),
+    (dict(hue_jitter=0.7), r"hue_jitter.*\[0, 0.5\]"),
+    (dict(hue_jitter=-0.1), "hue_jitter"),
+    (dict(grayscale_prob=1.5), "grayscale_prob"),
 ])
 def test_bad_options(options, match):
     with pytest.raises(TrainConfigError, match=match):

@@ -135,3 +135,15 @@ def test_eval_source_as_queries(shapes_labels, tmp_path):
     assert s["train_images"] == 256  # nothing held out: the queries come from eval_source
     recs = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert recs[0]["event"] == "eval" and recs[0]["knn_queries"] == 40 and recs[0]["knn_bank"] == 256
+
+
+def test_colour_augmentation_options_reach_the_augmentation(shapes_labels, tmp_path):
+    opts = tiny_options(steps=1, sample_ratio=1.0)
+    run_train(SOURCE, shapes_labels["labels"], tmp_path / "run", verbose=False, hue_jitter=0.0, grayscale_prob=0.0,
+              **opts)
+    augment = json.loads((tmp_path / "run" / "config.json").read_text())["augment"]
+    assert augment["hue"] == 0.0 and augment["gray_p"] == 0.0
+    run_train(SOURCE, shapes_labels["labels"], tmp_path / "run2", verbose=False, hue_jitter=0.25, grayscale_prob=0.5,
+              **opts)
+    augment = json.loads((tmp_path / "run2" / "config.json").read_text())["augment"]
+    assert augment["hue"] == 0.25 and augment["gray_p"] == 0.5

@@ -31,6 +31,7 @@ __all__ = [
     "mine_neighbors",
     "perturb",
     "resolve_device",
+    "restart_seeds",
     "seeded",
     "l2_normalize",
     "minibatches",
@@ -446,13 +447,29 @@ def best_head(per_head_losses: Sequence[float] | np.ndarray) -> int:
     return int(np.argmin(np.asarray(per_head_losses, dtype=np.float64)))
 
 
+def restart_seeds(seed: int, n: int) -> list[int]:
+    """``n`` independent seeds (31-bit ints) for the restarts of a run seeded with ``seed``.
+
+    Derived with :class:`numpy.random.SeedSequence`, so the restarts of two runs
+    with different seeds share nothing (``seed + r`` would: seed 0's second
+    restart would be seed 1's first), and the same seed gives the same list;
+    a longer list starts with the shorter one.
+    """
+    state = np.random.SeedSequence(int(seed) % (2**63)).generate_state(max(1, int(n)), dtype=np.uint32)
+    return [int(s) >> 1 for s in state]
+
+
 def kmeans_fit(X: np.ndarray, k: int, *, seed: int, spherical: bool = False, n_iter: int = 20, n_init: int = 1):
-    """Best-of-``n_init`` :class:`mlcd.cluster.KMeans` (faiss on CPU): returns (centers, labels, inertia)."""
+    """Best-of-``n_init`` :class:`mlcd.cluster.KMeans` (faiss on CPU): returns (centers, labels, inertia).
+
+    Restart ``r`` is seeded with ``restart_seeds(seed, n_init)[r]``: independent restarts,
+    and different ``seed`` values give different restart sets.
+    """
     from mlcd.cluster import KMeans
 
     best = None
-    for r in range(max(1, n_init)):
-        km = KMeans(k, spherical=spherical, n_iter=n_iter, seed=int(seed) + r, device="cpu", verbose=False)
+    for r_seed in restart_seeds(seed, n_init):
+        km = KMeans(k, spherical=spherical, n_iter=n_iter, seed=r_seed, device="cpu", verbose=False)
         km.fit(np.ascontiguousarray(X, dtype=np.float32))
         if best is None or km.inertia_ < best.inertia_:
             best = km

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._base import BaseClusterMethod, kmeans_fit, l2_normalize, perturb
+from ._base import BaseClusterMethod, kmeans_fit, l2_normalize, perturb, restart_seeds
 
 __all__ = ["DeepClusterHead", "repair_empty_clusters"]
 
@@ -122,7 +122,9 @@ class DeepClusterHead(BaseClusterMethod):
         return h.cpu().numpy()
 
     def _cluster(self, emb: np.ndarray, rng: np.random.Generator, round_: int):
-        centers, labels, _ = kmeans_fit(emb, self.n_clusters, seed=self.seed + round_, n_iter=self.kmeans_iter)
+        # independent seed per round: ``seed + round_`` would give seed s's round 1 seed s+1's round 0
+        round_seed = restart_seeds(self.seed, round_ + 1)[round_]
+        centers, labels, _ = kmeans_fit(emb, self.n_clusters, seed=round_seed, n_iter=self.kmeans_iter)
         labels, centers, rep = repair_empty_clusters(emb, labels, centers, rng)
         self.n_empty_repairs_ += rep
         return centers, labels

@@ -31,6 +31,7 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ._base import (
@@ -40,6 +41,7 @@ from ._base import (
     mine_neighbors,
     minibatches,
     random_neighbor,
+    restart_seeds,
 )
 
 __all__ = ["TAC", "TACHead", "LARGE_K_THRESHOLD", "semantic_center_count", "read_nouns"]
@@ -122,6 +124,19 @@ class TACHead(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.softmax(self.net(x), dim=1)
 
+    def forward_pair(self, x: torch.Tensor, b: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(self(x[:b]), self(x[b:]))`` in training mode, with one matrix product per layer.
+
+        The two groups (anchors, then their neighbours) get separate BatchNorm
+        batch statistics and running-statistics updates, in that order, exactly
+        as two calls would; only the linear layers run on all rows at once.
+        """
+        lin1, bn, _, lin2 = self.net
+        h = F.linear(x, lin1.weight, lin1.bias)
+        h = torch.cat((bn(h[:b]), bn(h[b:])))
+        p = torch.softmax(F.linear(torch.relu_(h), lin2.weight, lin2.bias), dim=1)
+        return p[:b], p[b:]
+
 
 class _Adam:
     """Adam (no weight decay, no AMSGrad) with exactly the arithmetic of ``torch.optim.Adam``'s
@@ -197,6 +212,15 @@ class TAC(BaseClusterMethod):
     hidden_dim: head width (``None`` = the feature width, as TAC).
     n_init: k-means restarts (semantic centres and ``train=False``).
     n_names: names kept per cluster in ``cluster_names_``.
+    noun_cache: keep the noun embeddings a ``text_encoder`` computes in an on-disk
+        cache and reuse them (``True``, the default; in ``$MLCD_CACHE_DIR/noun-embeddings``
+        or ``~/.cache/mlcd/noun-embeddings``), a folder to keep them in instead,
+        or ``False`` to always compute them. The key covers the encoder spec, its
+        weights file (path, size, modification time), the nouns and the prompt
+        templates; randomly initialised weights are cached only when seeded (a
+        spec loads them with seed 0). Encoder objects other than
+        :class:`mlcd.encoders.Encoder` are cached only when they carry a string
+        ``cache_key``. A damaged entry is ignored and rebuilt. See :mod:`mlcd.text.cache`.
     seed, device: the same seed on the same device gives the same result;
         ``device="auto"`` uses CUDA when present.
 
@@ -238,6 +262,7 @@ class TAC(BaseClusterMethod):
         hidden_dim: int | None = None,
         n_init: int = 5,
         n_names: int = 5,
+        noun_cache: Any = True,
         seed: int = 0,
         device: str = "auto",
         verbose: bool = False,
@@ -260,6 +285,7 @@ class TAC(BaseClusterMethod):
         self.hidden_dim = hidden_dim
         self.n_init = n_init
         self.n_names = n_names
+        self.noun_cache = noun_cache
         self.seed = seed
         self.device = device
         self.verbose = verbose
@@ -301,6 +327,7 @@ class TAC(BaseClusterMethod):
         return names
 
     def _embed_nouns(self, names: list[str], device: torch.device) -> np.ndarray:
+        from mlcd.text.cache import cached_embed_nouns, encoder_identity, weights_identity
         from mlcd.text.prompts import embed_nouns
 
         enc = self.text_encoder
@@ -310,11 +337,29 @@ class TAC(BaseClusterMethod):
                 "(the model that embedded the images; text_encoder_weights=PATH for local weights) "
                 "or noun_embeddings=<[M, d] array>"
             )
+        cache = self.noun_cache
+        if not (isinstance(cache, (bool, str, os.PathLike)) or cache is None):
+            raise TypeError(f"noun_cache must be True, False or a folder, got {type(cache).__name__}")
+        use_cache = cache is not None and cache is not False
+        cache_dir = None if isinstance(cache, bool) or cache is None else cache
+        progress = bool(self.verbose)
+        identity = None
         if isinstance(enc, (str, os.PathLike)):
-            from mlcd.encoders import load
+            from mlcd.encoders import load, parse_spec
 
-            enc = load(str(enc), weights=self.text_encoder_weights, device=device)
-        return embed_nouns(enc, names, progress=bool(self.verbose))
+            spec, weights = str(enc), self.text_encoder_weights
+            if use_cache and weights is not None:  # known before loading: a hit skips the model
+                w = weights_identity(weights, seed=0)  # load() seeds random weights with 0
+                identity = None if w is None else {"spec": str(parse_spec(spec)), "weights": w}
+            if identity is None:
+                enc = load(spec, weights=weights, device=device)
+            else:
+                enc = lambda: load(spec, weights=weights, device=device)  # noqa: E731 - loaded on a miss only
+        if not use_cache:
+            return embed_nouns(enc, names, progress=progress)
+        if identity is None:
+            identity = encoder_identity(enc)
+        return cached_embed_nouns(enc, names, identity=identity, cache_dir=cache_dir, progress=progress)
 
     # ------------------------------------------------------------------ fit
     def _resolved_temperature(self, k: int) -> float:
@@ -346,10 +391,10 @@ class TAC(BaseClusterMethod):
         from mlcd.cluster import KMeans
 
         best = None
-        for r in range(max(1, int(self.n_init))):
+        for r_seed in restart_seeds(self.seed, self.n_init):
             # random (Forgy) seeding, as the official faiss k-means: k-means++ seeding would
             # cost several times the Lloyd iterations here, and the restarts make up for it
-            km = KMeans(ks, spherical=True, n_iter=20, init="random", seed=int(self.seed) + r, device="cpu",
+            km = KMeans(ks, spherical=True, n_iter=20, init="random", seed=r_seed, device="cpu",
                         verbose=False).fit(sample)
             if best is None or km.inertia_ < best.inertia_:
                 best = km
@@ -420,21 +465,21 @@ class TAC(BaseClusterMethod):
         g = self._generator()
         with self._timed("train_epochs"):
             for _ in self._progress(range(self.epochs), "TAC"):
-                tot = torch.zeros((), dtype=torch.float64)
+                tot = torch.zeros((), dtype=torch.float64, device=device)
                 seen = 0
                 for idx in minibatches(n, self.batch_size, g, drop_last=True):
                     b = idx.numel()
-                    ni = random_neighbor(nbr_img, idx, g).to(device)
-                    nt = random_neighbor(nbr_txt, idx, g).to(device)
-                    idx = idx.to(device)
-                    # anchors and neighbours in separate passes (BatchNorm statistics), as the original
-                    p_img, p_txt = head_img(xt.index_select(0, idx)), head_txt(text.index_select(0, idx))
-                    p_img_nbr, p_txt_nbr = head_img(xt.index_select(0, ni)), head_txt(text.index_select(0, nt))
+                    # one index [anchors; neighbours] per modality, drawn as before (same random stream)
+                    gi = torch.cat((idx, random_neighbor(nbr_img, idx, g))).to(device)
+                    gt = torch.cat((idx, random_neighbor(nbr_txt, idx, g))).to(device)
+                    # anchors and neighbours get separate BatchNorm statistics, as the original's two passes
+                    p_img, p_img_nbr = head_img.forward_pair(xt.index_select(0, gi), b)
+                    p_txt, p_txt_nbr = head_txt.forward_pair(text.index_select(0, gt), b)
                     loss = objective(p_txt, p_img, p_txt_nbr, p_img_nbr, self.temperature_, self.alpha).total
                     opt.zero_grad()
                     loss.backward()
                     opt.step()
-                    tot += loss.detach().double().cpu() * b  # no host sync per step on a GPU
+                    tot += loss.detach() * b  # no host sync per step on a GPU
                     seen += b
                 self.history_.append(float(tot) / max(seen, 1))
         head_img.eval()

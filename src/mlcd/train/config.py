@@ -71,6 +71,9 @@ class TrainConfig:
         image_size: training resolution; None = the encoder's.
         augment: random resized crop + flip + colour jitter + grayscale (True) or
             resize only (False). Done in batches on tensors, on the training device.
+        hue_jitter: largest hue rotation of the colour jitter, in turns (0 to 0.5);
+            grayscale_prob: probability of turning an image grey. Set both to 0 when
+            colour is part of what the clusters mean (e.g. ``builtin:shapes``).
         crop_scale: area range of the random resized crop; None picks by image size:
             (0.35, 1) up to 16 px, (0.2, 1) up to 64 px, (0.08, 1) above.
         cache_size: side of the square uint8 cache that file / tar sources are decoded
@@ -121,6 +124,8 @@ class TrainConfig:
     # data
     image_size: int | None = None
     augment: bool = True
+    hue_jitter: float = 0.1
+    grayscale_prob: float = 0.2
     crop_scale: tuple[float, float] | None = None
     cache_size: int | None = None
     data_on_device: Any = "auto"
@@ -207,6 +212,12 @@ class TrainConfig:
         number("grad_clip", 0.0, open_lo=True, none_ok=True)
         if self.amp not in AMP_MODES:
             bad("amp", self.amp, f"must be one of {', '.join(AMP_MODES)}")
+        number("hue_jitter", 0.0)
+        if self.hue_jitter > 0.5:
+            bad("hue_jitter", self.hue_jitter, "must be in [0, 0.5] (a fraction of a full hue turn)")
+        number("grayscale_prob", 0.0)
+        if self.grayscale_prob > 1.0:
+            bad("grayscale_prob", self.grayscale_prob, "must be a probability in [0, 1]")
         integer("image_size", 4, none_ok=True)
         integer("cache_size", 4, none_ok=True)
         if self.crop_scale is not None:

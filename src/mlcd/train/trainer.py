@@ -350,7 +350,7 @@ class Trainer:
                                            betas=(0.9, 0.999), fused=dev.type == "cuda")
         self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
         self.augment = BatchAugment(self.image_size, enc.mean, enc.std, crop_scale=cfg.crop_scale,
-                                    enabled=cfg.augment)
+                                    hue=cfg.hue_jitter, gray_p=cfg.grayscale_prob, enabled=cfg.augment)
 
         # ---- images / labels on the device ----
         self.images = self._place_images(data.images)
