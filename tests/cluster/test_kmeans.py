@@ -297,7 +297,7 @@ def test_two_level_first_level_trains_on_capped_subsample(data, monkeypatch):
     from mlcd.cluster import _init
 
     calls = {"kpp": [], "lloyd": [], "second": 0}
-    kpp, lloyd, rnd = _init.kmeans_plusplus, _init.lloyd_in_memory, _init.random_init
+    kpp, lloyd, rnd, fgk = _init.kmeans_plusplus, _init.lloyd_in_memory, _init.random_init, _init._faiss_group_kmeans
 
     def count_kpp(x, k, rng, *a, **kw):
         calls["kpp"].append(x.shape[0])
@@ -307,18 +307,27 @@ def test_two_level_first_level_trains_on_capped_subsample(data, monkeypatch):
         calls["lloyd"].append(x.shape[0])
         return lloyd(x, c, *a, **kw)
 
-    def count_random(x, k, rng):  # called once per second-level group, on all its rows
+    def count_random(x, k, rng):  # not used by the second level on the CPU (faiss)
         calls["second"] += x.shape[0]
         return rnd(x, k, rng)
+
+    def count_faiss(x, k, *a):  # called once per second-level group with k > 1, on all its rows
+        calls["second"] += x.shape[0]
+        return fgk(x, k, *a)
+
+    def count_mean(x, *a, **kw):  # a group given one center: its mean
+        calls["second"] += x.shape[0]
+        return x.double().mean(dim=0, keepdim=True).float()
 
     monkeypatch.setattr(_init, "kmeans_plusplus", count_kpp)
     monkeypatch.setattr(_init, "lloyd_in_memory", count_lloyd)
     monkeypatch.setattr(_init, "random_init", count_random)
+    monkeypatch.setattr(_init, "_faiss_group_kmeans", count_faiss)
     monkeypatch.setattr(_init, "COARSE_MAX_POINTS_PER_CENTER", 40)
     k, k1 = 100, 10  # 400 coarse training rows of 2000
     fit = lambda seed: KMeans(k, n_iter=0, init="two-level", seed=seed, verbose=False).fit(data)  # noqa: E731
     a = fit(3)
-    assert calls["kpp"] == [40 * k1] and calls["lloyd"][0] == 40 * k1
+    assert calls["kpp"] == [40 * k1] and calls["lloyd"] == [40 * k1]  # the second level runs in faiss
     assert calls["second"] == len(data)  # every sampled row reached a group of the second level
     c = a.cluster_centers_
     assert c.shape == (k, 16) and np.isfinite(c).all() and len(np.unique(c.round(5), axis=0)) == k
@@ -340,3 +349,58 @@ def test_two_level_coarse_cap_default_matches_faiss():
     from mlcd.cluster._init import COARSE_MAX_POINTS_PER_CENTER
 
     assert f"max_points_per_centroid={COARSE_MAX_POINTS_PER_CENTER}" in inspect.getsource(clustering.two_level_clustering)
+
+
+def test_two_level_second_level_faiss_on_cpu(monkeypatch):
+    """On the CPU every second-level group with k_g > 1 is one faiss.Kmeans run on all its rows,
+    seeded from the seed: same seed, same centers; small groups (k_g == rows, k_g == 1) work;
+    spherical centers stay on the sphere; torch's Lloyd is not used for the second level."""
+    import faiss
+
+    from mlcd.cluster import _init
+    from mlcd.cluster._scoring import make_scorer
+
+    rng0 = np.random.default_rng(7)
+    # uneven blobs, so some groups are small and get as many centers as rows (or one)
+    x = np.concatenate([rng0.normal(c, 0.3, size=(m, 8)) for c, m in zip(range(6), (900, 300, 40, 9, 3, 1))])
+    x = torch.from_numpy(x.astype(np.float32))
+    trained = []
+    original = faiss.Kmeans
+
+    class Spy(original):
+        def train(self, xt, *a, **kw):
+            trained.append((xt.shape[0], self.k, self.cp.niter, self.cp.seed, self.cp.spherical, self.cp.max_points_per_centroid))
+            return super().train(xt, *a, **kw)
+
+    monkeypatch.setattr(faiss, "Kmeans", Spy)
+    lloyd_rows = []
+    lloyd = _init.lloyd_in_memory
+    monkeypatch.setattr(_init, "lloyd_in_memory", lambda xx, *a, **kw: (lloyd_rows.append(xx.shape[0]), lloyd(xx, *a, **kw))[1])
+
+    for spherical in (False, True):
+        xs = torch.nn.functional.normalize(x, dim=1) if spherical else x
+        def run(seed):
+            trained.clear(); lloyd_rows.clear()
+            return _init.two_level_init(
+                xs, 60, np.random.default_rng(seed), make_scorer=lambda c: make_scorer(c, backend="faiss", spherical=spherical),
+                spherical=spherical, n_iter=5,
+            )
+        a = run(3)
+        runs = list(trained)
+        assert a.shape == (60, 8) and torch.isfinite(a).all()
+        assert len(lloyd_rows) == 1  # the first level only
+        assert runs and all(r[2] == 5 and r[4] == spherical for r in runs)
+        assert all(r[0] <= r[1] * r[5] for r in runs)  # max_points_per_centroid: no subsampling
+        assert any(r[0] < 39 * r[1] for r in runs)  # below faiss' default min_points_per_centroid
+        if spherical:
+            torch.testing.assert_close(a.norm(dim=1), torch.ones(60), atol=1e-5, rtol=0)
+        assert torch.equal(run(3), a)  # deterministic for a seed
+        assert [r[3] for r in trained] == [r[3] for r in runs]
+        assert not torch.equal(run(4), a)
+
+    # a group with as many centers as rows, and one with a few rows per center: no error, no warning
+    for rows, kg in ((5, 5), (12, 4)):
+        c = _init._faiss_group_kmeans(x[:rows], kg, 5, 11, False)
+        assert c.shape == (kg, 8) and torch.isfinite(c).all()
+        if rows == kg:
+            assert torch.equal(c[torch.argsort(c[:, 0])], x[:rows][torch.argsort(x[:rows, 0])])

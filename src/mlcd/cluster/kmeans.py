@@ -84,7 +84,9 @@ class KMeans:
         subsample of at most 2000 rows per coarse group as in faiss'
         ``two_level_clustering``; then every sampled row goes to its nearest
         coarse group and each group is split into a number of centers
-        proportional to its size, by k-means on all its rows), an array of initial
+        proportional to its size, by k-means on all its rows: on the CPU one
+        ``faiss.Kmeans`` run per group, seeded from ``seed``, elsewhere
+        mlcd's own Lloyd loop), an array of initial
         centers ``[K, dim]``, or ``"auto"`` (default): k-means++ for
         ``K <= 1024`` and two-level above. Why: k-means++ picks the centers
         one after another, each choice a pass over the seeding sample, and
