@@ -14,7 +14,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ._common import l2_normalize
+from ._common import _faiss_available, l2_normalize
 
 __all__ = [
     "kmeans_plusplus",
@@ -444,9 +444,3 @@ def _faiss_group_kmeans(xg: torch.Tensor, kg: int, n_iter: int, seed: int, spher
     )
     km.train(xn)
     return torch.from_numpy(np.array(km.centroids, dtype=np.float32, copy=True))
-
-
-def _faiss_available() -> bool:
-    from ._common import _faiss_available as available
-
-    return available()
