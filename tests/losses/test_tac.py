@@ -15,6 +15,7 @@ from mlcd.losses.tac import (
     tac_confidence_loss,
     tac_distill_loss,
     tac_objective,
+    tac_objective_heads,
     tac_retrieve_text,
     tac_select_nouns,
 )
@@ -285,3 +286,17 @@ def test_device_follows_inputs():
     images, assign, nouns, _k = _toy_space(4)
     on_cuda_like_cpu(lambda a, b, c: tac_select_nouns(a, b, c, gamma=3, return_details=True), images, assign, nouns)
     on_cuda_like_cpu(tac_retrieve_text, images, nouns, 0.05)
+
+
+def test_objective_heads_matches_one_call_per_pair():
+    """The batched objective equals one tac_objective call per head pair, values and gradients."""
+    torch.manual_seed(0)
+    ps = [torch.softmax(3 * torch.randn(3, 50, 7, dtype=torch.float64), 2).requires_grad_() for _ in range(4)]
+    got = tac_objective_heads(*ps, temperature=0.7, alpha=3.0)
+    want = torch.stack([tac_objective(*(p[j] for p in ps), 0.7, 3.0).total for j in range(3)])
+    assert got.shape == (3,)
+    torch.testing.assert_close(got, want)
+    for a, b in zip(torch.autograd.grad(got.sum(), ps), torch.autograd.grad(want.sum(), ps)):
+        torch.testing.assert_close(a, b)
+    with pytest.raises(ValueError, match=r"\[H, B, K\]"):
+        tac_objective_heads(*(p[0] for p in ps))

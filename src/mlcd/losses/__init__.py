@@ -13,6 +13,7 @@ from mlcd.losses.tac import (
     tac_confidence_loss,
     tac_distill_loss,
     tac_objective,
+    tac_objective_heads,
     tac_retrieve_text,
     tac_select_nouns,
 )

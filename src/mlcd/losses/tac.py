@@ -5,7 +5,8 @@ github.com/XLearning-SCU/2024-ICML-TAC @ 830e02c:
 
 * :func:`balance_entropy`, :func:`tac_confidence_loss`, :func:`tac_distill_loss`
   -- ``loss_utils.entropy``, ``loss_utils.consistency_loss``, ``loss_utils.DistillLoss``;
-* :func:`tac_objective` -- the loss lines of ``train_head.py``;
+* :func:`tac_objective` -- the loss lines of ``train_head.py`` (:func:`tac_objective_heads`:
+  the same for several independent head pairs at once);
 * :func:`tac_select_nouns` -- the noun filtering of ``filter_nouns.py`` (after its k-means);
 * :func:`tac_retrieve_text` -- ``retrieve_text.py``.
 
@@ -31,6 +32,7 @@ __all__ = [
     "tac_confidence_loss",
     "tac_distill_loss",
     "tac_objective",
+    "tac_objective_heads",
     "TACObjective",
     "tac_select_nouns",
     "tac_retrieve_text",
@@ -148,6 +150,50 @@ def tac_objective(
     entropy = balance_entropy(p_text) + balance_entropy(p_image)
     total = distill + consistency - alpha * entropy
     return TACObjective(total, distill, consistency, entropy)
+
+
+def tac_objective_heads(
+    p_text: torch.Tensor,
+    p_image: torch.Tensor,
+    p_text_nbr: torch.Tensor,
+    p_image_nbr: torch.Tensor,
+    temperature: float = 0.5,
+    alpha: float = 5.0,
+) -> torch.Tensor:
+    """:func:`tac_objective`'s ``total`` for ``H`` independent head pairs at once.
+
+    The same arithmetic as ``H`` calls of :func:`tac_objective` (a test checks values
+    and gradients), in a fixed number of batched operations; used by
+    ``TAC(n_heads=H)``, where a per-pair loop of small operations cost more than
+    the heads' matrix products.
+
+    Args:
+        p_text, p_image, p_text_nbr, p_image_nbr: ``[H, B, K]`` softmax assignments,
+            as in :func:`tac_objective` for each of the ``H`` pairs.
+        temperature, alpha: as in :func:`tac_objective`.
+
+    Returns:
+        ``[H]``: each pair's total objective.
+    """
+    if p_image.dim() != 3:
+        raise ValueError(f"tac_objective_heads takes [H, B, K] inputs; got shape {tuple(p_image.shape)}")
+    h, _, k = p_image.shape
+
+    def distill(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:  # tac_distill_loss per head
+        c = F.normalize(torch.cat((a.transpose(1, 2), b.transpose(1, 2)), dim=1), dim=2)  # [H, 2K, B]
+        sim = torch.bmm(c, c.transpose(1, 2)) / temperature
+        m = 2 * k
+        idx = torch.arange(m, device=sim.device)
+        logits = sim.masked_fill(torch.eye(m, dtype=torch.bool, device=sim.device), float("-inf"))
+        ce = torch.logsumexp(logits, dim=2) - sim[:, idx, (idx + k) % m]
+        return ce.sum(1) / m
+
+    s = (p_text * p_image).sum(dim=2).clamp(0.0, 1.0)
+    consistency = F.binary_cross_entropy(s, torch.ones_like(s), reduction="none").mean(1)
+    q_text = torch.clamp(p_text.mean(dim=1), min=1e-9)
+    q_image = torch.clamp(p_image.mean(dim=1), min=1e-9)
+    entropy = -(q_text * q_text.log()).sum(1) - (q_image * q_image.log()).sum(1)
+    return distill(p_image, p_text_nbr) + distill(p_text, p_image_nbr) + consistency - alpha * entropy
 
 
 def tac_select_nouns(

@@ -388,7 +388,7 @@ class BaseClusterMethod(ClusterMixin, BaseEstimator):
         device = resolve_device(self.device)
         self.device_ = str(device)
         self.history_ = []
-        small = Xv.size <= SINGLE_THREAD_MAX_VALUES and device.type == "cpu"
+        small = self._work_size(Xv) <= SINGLE_THREAD_MAX_VALUES and device.type == "cpu"
         with seeded(self.seed, device), limit_threads(1 if small else None):
             labels = self._fit(Xv, device)
         if labels is None:
@@ -413,6 +413,11 @@ class BaseClusterMethod(ClusterMixin, BaseEstimator):
         return self.predict_proba(X).argmax(axis=1).astype(np.int64)
 
     # -- helpers for subclasses -----------------------------------------------------
+    def _work_size(self, X: np.ndarray) -> int:
+        """Size of the fit, compared with :data:`SINGLE_THREAD_MAX_VALUES`: ``N * d``; a method
+        whose work grows with a parameter (TAC's ``n_heads``) scales it."""
+        return int(X.size)
+
     def _prep(self, X: np.ndarray) -> np.ndarray:
         """Unit rows when the method has ``normalize=True`` (cosine geometry), else ``X`` as it is."""
         return l2_normalize(X).astype(np.float32) if getattr(self, "normalize", False) else X

@@ -16,6 +16,8 @@ TAC borrows WordNet nouns through a CLIP-style text encoder:
    (image, text) trained by cross-modal mutual distillation over nearest
    neighbours plus confidence and balance terms
    (:func:`mlcd.losses.tac.tac_objective`); the image head predicts.
+   ``n_heads > 1`` (our addition) trains several head pairs at once and keeps
+   the one whose partition is most compact in the joint space.
 
 The clusters are then *named*: ``cluster_names_`` lists, for each cluster, the
 nouns its images retrieve much more than the other images do.
@@ -40,6 +42,7 @@ from ._base import (
     l2_normalize,
     mine_neighbors,
     minibatches,
+    best_head,
     random_neighbor,
     restart_seeds,
 )
@@ -107,22 +110,34 @@ def read_nouns(nouns: Any) -> list[str]:
 
 
 class TACHead(nn.Module):
-    """TAC's cluster head: ``Linear(d, h) -> BatchNorm -> ReLU -> Linear(h, K) -> softmax``.
+    """``n_heads`` TAC cluster heads: ``Linear(d, h) -> BatchNorm -> ReLU -> Linear(h, K) -> softmax`` each.
 
     Linear weights start from a normal distribution with std 0.02 truncated at
-    two standard deviations (absolute +-2, as ``timm``'s ``trunc_normal_``), as in the original.
+    two standard deviations (absolute +-2, as ``timm``'s ``trunc_normal_``), as
+    in the original. The heads share nothing but the input: their first layers
+    are one ``Linear(d, n_heads * h)`` (one matrix product for all heads; the
+    BatchNorm statistics are per feature, so per head), their second layers a
+    batched product. ``forward`` returns ``[n_heads, B, K]``.
     """
 
-    def __init__(self, in_dim: int, n_clusters: int, hidden_dim: int):
+    def __init__(self, in_dim: int, n_clusters: int, hidden_dim: int, n_heads: int = 1):
         super().__init__()
-        self.net = nn.Sequential(
-            nn.Linear(in_dim, hidden_dim), nn.BatchNorm1d(hidden_dim), nn.ReLU(), nn.Linear(hidden_dim, n_clusters)
-        )
-        for layer in (self.net[0], self.net[3]):
-            nn.init.trunc_normal_(layer.weight, std=0.02)
+        self.n_heads, self.hidden_dim = int(n_heads), int(hidden_dim)
+        self.lin1 = nn.Linear(in_dim, self.n_heads * self.hidden_dim)
+        self.bn = nn.BatchNorm1d(self.n_heads * self.hidden_dim)
+        self.weight2 = nn.Parameter(torch.empty(self.n_heads, self.hidden_dim, n_clusters))
+        self.bias2 = nn.Parameter(torch.empty(self.n_heads, n_clusters))
+        nn.init.trunc_normal_(self.lin1.weight, std=0.02)
+        nn.init.trunc_normal_(self.weight2, std=0.02)
+        bound = 1.0 / self.hidden_dim**0.5  # nn.Linear's default bias range
+        nn.init.uniform_(self.bias2, -bound, bound)
+
+    def _second(self, h: torch.Tensor) -> torch.Tensor:
+        h = torch.relu_(h).view(h.shape[0], self.n_heads, self.hidden_dim).transpose(0, 1)  # [H, B, h]
+        return torch.softmax(torch.baddbmm(self.bias2[:, None, :], h, self.weight2), dim=2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(self.net(x), dim=1)
+        return self._second(self.bn(self.lin1(x)))
 
     def forward_pair(self, x: torch.Tensor, b: int) -> tuple[torch.Tensor, torch.Tensor]:
         """``(self(x[:b]), self(x[b:]))`` in training mode, with one matrix product per layer.
@@ -131,11 +146,37 @@ class TACHead(nn.Module):
         batch statistics and running-statistics updates, in that order, exactly
         as two calls would; only the linear layers run on all rows at once.
         """
-        lin1, bn, _, lin2 = self.net
-        h = F.linear(x, lin1.weight, lin1.bias)
-        h = torch.cat((bn(h[:b]), bn(h[b:])))
-        p = torch.softmax(F.linear(torch.relu_(h), lin2.weight, lin2.bias), dim=1)
-        return p[:b], p[b:]
+        # split(), not slicing: its backward is one concatenation, where each slice's
+        # backward would write a zero-filled full-size gradient and add them
+        h_a, h_b = self.lin1(x).split((b, x.shape[0] - b))
+        p_a, p_b = self._second(torch.cat((self.bn(h_a), self.bn(h_b)))).split((b, x.shape[0] - b), dim=1)
+        return p_a, p_b
+
+    def select(self, head: int) -> "TACHead":
+        """A one-head copy of head ``head`` (weights and BatchNorm running statistics)."""
+        if not 0 <= head < self.n_heads:
+            raise IndexError(f"head {head} out of range for {self.n_heads} heads")
+        one = TACHead(self.lin1.in_features, self.weight2.shape[2], self.hidden_dim, 1)
+        rows = slice(head * self.hidden_dim, (head + 1) * self.hidden_dim)
+        with torch.no_grad():
+            one.lin1.weight.copy_(self.lin1.weight[rows])
+            one.lin1.bias.copy_(self.lin1.bias[rows])
+            for name in ("weight", "bias", "running_mean", "running_var"):
+                getattr(one.bn, name).copy_(getattr(self.bn, name)[rows])
+            one.bn.num_batches_tracked.copy_(self.bn.num_batches_tracked)
+            one.weight2.copy_(self.weight2[head : head + 1])
+            one.bias2.copy_(self.bias2[head : head + 1])
+        return one.to(self.lin1.weight.device).train(self.training)
+
+
+@torch.no_grad()
+def joint_inertia(z: torch.Tensor, labels: torch.Tensor, n_clusters: int) -> float:
+    """Within-cluster sum of squares of the partition ``labels`` of the rows of ``z`` (float64):
+    ``sum_i |z_i|^2 - sum_c |sum_{i in c} z_i|^2 / n_c``, the k-means objective at the clusters' means."""
+    zd = z.double()
+    sums = torch.zeros(n_clusters, z.shape[1], dtype=torch.float64, device=z.device).index_add_(0, labels, zd)
+    counts = torch.bincount(labels, minlength=n_clusters).double().clamp_min(1)
+    return float((zd * zd).sum() - ((sums * sums).sum(1) / counts).sum())
 
 
 class _Adam:
@@ -210,6 +251,22 @@ class TAC(BaseClusterMethod):
     temperature: distillation temperature; ``"auto"`` = 0.5 for
         ``K <= LARGE_K_THRESHOLD`` (50), 5.0 above. alpha: balance weight (5).
     hidden_dim: head width (``None`` = the feature width, as TAC).
+    n_heads: independent (image, text) head pairs trained side by side on the
+        same batches, each from its own initialisation; one pair predicts (see
+        ``head_selection``). ``1`` is the original recipe. More pairs guard
+        against a poor local optimum: on the toy joint space single runs often
+        merge a look-alike pair, and 4 pairs raised the mean ACC over 20 seeds
+        from 0.933 to 0.958 (``docs/results.md``), at up to ``n_heads`` times
+        the training cost (a whole toy fit: 1.5x; a training step on 512-wide
+        features: about 3.6-3.9x for 4 pairs).
+    head_selection: how the predicting pair is chosen when ``n_heads > 1``.
+        ``"inertia"`` (default): the pair whose image head splits the training
+        set into the most compact clusters of TAC's joint space (each image
+        embedding beside its text counterpart, the space ``train=False``
+        clusters), i.e. the lowest k-means objective of its partition.
+        ``"objective"``: the lowest mean TAC objective over the last epoch, as
+        SCAN selects its head. On the toy the first picked better heads
+        (0.958 vs 0.949 mean ACC over 20 seeds; best possible 0.960).
     n_init: k-means restarts (semantic centres and ``train=False``).
     n_names: names kept per cluster in ``cluster_names_``.
     noun_cache: keep the noun embeddings a ``text_encoder`` computes in an on-disk
@@ -226,7 +283,12 @@ class TAC(BaseClusterMethod):
 
     Attributes
     ----------
-    labels_, history_ (TAC objective per epoch; empty with ``train=False``),
+    labels_, history_ (TAC objective per epoch of the selected head pair; empty
+    with ``train=False``), head_history_ (``[epochs, n_heads]``, every pair's
+    objective per epoch), head_losses_ (``[n_heads]``, its last row),
+    head_inertia_ (``[n_heads]``, each image head's training partition's
+    within-cluster sum of squares in the joint space), best_head_ (the
+    selected pair; the ``head_*`` attributes exist with ``train=True`` only),
     cluster_names_ (``list[list[str]]``, K lists of ``n_names`` nouns, most
     characteristic first; see :meth:`_name_clusters`), cluster_name_scores_
     (``[K, n_names]``, the margins; -inf for an empty cluster),
@@ -260,6 +322,8 @@ class TAC(BaseClusterMethod):
         temperature: float | str = "auto",
         alpha: float = 5.0,
         hidden_dim: int | None = None,
+        n_heads: int = 1,
+        head_selection: str = "inertia",
         n_init: int = 5,
         n_names: int = 5,
         noun_cache: Any = True,
@@ -283,6 +347,8 @@ class TAC(BaseClusterMethod):
         self.temperature = temperature
         self.alpha = alpha
         self.hidden_dim = hidden_dim
+        self.n_heads = n_heads
+        self.head_selection = head_selection
         self.n_init = n_init
         self.n_names = n_names
         self.noun_cache = noun_cache
@@ -362,6 +428,12 @@ class TAC(BaseClusterMethod):
         return cached_embed_nouns(enc, names, identity=identity, cache_dir=cache_dir, progress=progress)
 
     # ------------------------------------------------------------------ fit
+    def _work_size(self, X: np.ndarray) -> int:
+        # the head pairs' matrix products grow with n_heads: 4 pairs on 10,000 x 64
+        # features train ~20 % faster on two threads than on one
+        nh = self.n_heads if isinstance(self.n_heads, (int, np.integer)) and self.train else 1
+        return int(X.size) * max(1, int(nh))
+
     def _resolved_temperature(self, k: int) -> float:
         t = self.temperature
         if isinstance(t, str):
@@ -408,10 +480,15 @@ class TAC(BaseClusterMethod):
         return tac_retrieve_text(X, self._kept, self.tau)
 
     def _fit(self, X: np.ndarray, device: torch.device):
-        from mlcd.losses.tac import tac_objective, tac_select_nouns
+        from mlcd.losses.tac import tac_objective_heads, tac_select_nouns
 
         k = int(self.n_clusters)
         n, d = X.shape
+        nh = self.n_heads
+        if isinstance(nh, bool) or not isinstance(nh, (int, np.integer)) or nh < 1:
+            raise ValueError(f"n_heads must be a positive integer (1 = the original recipe), got {nh!r}")
+        if self.head_selection not in ("inertia", "objective"):
+            raise ValueError(f"head_selection must be 'inertia' or 'objective', got {self.head_selection!r}")
         self.timings_ = {}
         self.temperature_ = self._resolved_temperature(k)
         with self._timed("nouns"):
@@ -446,7 +523,7 @@ class TAC(BaseClusterMethod):
             self.cluster_centers_ = centers
             self._heads = None
         else:
-            labels = self._train_heads(xt, text, device, tac_objective)
+            labels = self._train_heads(xt, text, device, tac_objective_heads)
         self._kept = self._kept.cpu()
         with self._timed("names"):
             self._name_clusters(xt, labels, names, noun_emb)
@@ -459,13 +536,15 @@ class TAC(BaseClusterMethod):
             nbr_img = torch.from_numpy(mine_neighbors(xt.cpu().numpy(), self.n_neighbors, seed=self.seed))
             nbr_txt = torch.from_numpy(mine_neighbors(text.cpu().numpy(), self.n_neighbors, seed=self.seed))
         hd = int(self.hidden_dim) if self.hidden_dim else d
-        head_img = TACHead(d, k, hd).to(device)
-        head_txt = TACHead(d, k, hd).to(device)
+        nh = int(self.n_heads)
+        head_img = TACHead(d, k, hd, nh).to(device)
+        head_txt = TACHead(d, k, hd, nh).to(device)
         opt = _Adam([*head_img.parameters(), *head_txt.parameters()], lr=self.lr, betas=(0.9, 0.99))
         g = self._generator()
+        per_epoch = []
         with self._timed("train_epochs"):
             for _ in self._progress(range(self.epochs), "TAC"):
-                tot = torch.zeros((), dtype=torch.float64, device=device)
+                tot = torch.zeros(nh, dtype=torch.float64, device=device)
                 seen = 0
                 for idx in minibatches(n, self.batch_size, g, drop_last=True):
                     b = idx.numel()
@@ -475,17 +554,26 @@ class TAC(BaseClusterMethod):
                     # anchors and neighbours get separate BatchNorm statistics, as the original's two passes
                     p_img, p_img_nbr = head_img.forward_pair(xt.index_select(0, gi), b)
                     p_txt, p_txt_nbr = head_txt.forward_pair(text.index_select(0, gt), b)
-                    loss = objective(p_txt, p_img, p_txt_nbr, p_img_nbr, self.temperature_, self.alpha).total
+                    # head pairs share no parameter: the sum trains each pair as if alone
+                    losses = objective(p_txt, p_img, p_txt_nbr, p_img_nbr, self.temperature_, self.alpha)
                     opt.zero_grad()
-                    loss.backward()
+                    losses.sum().backward()
                     opt.step()
-                    tot += loss.detach() * b  # no host sync per step on a GPU
+                    tot += losses.detach() * b  # no host sync per step on a GPU
                     seen += b
-                self.history_.append(float(tot) / max(seen, 1))
+                per_epoch.append((tot / max(seen, 1)).cpu().numpy())
+        self.head_history_ = np.array(per_epoch, dtype=np.float64).reshape(len(per_epoch), nh)
+        self.head_losses_ = self.head_history_[-1].copy() if per_epoch else np.zeros(nh)
         head_img.eval()
-        self._heads = head_img.cpu()
         with self._timed("predict_train"), torch.no_grad():
-            return self._batched(self._heads, xt.cpu()).argmax(1).numpy()
+            assign = self._batched(lambda x: head_img(x).argmax(2).T, xt).T  # [H, N], every pair's image head
+            z = torch.cat((xt, text), dim=1)
+            self.head_inertia_ = np.array([joint_inertia(z, a, k) for a in assign], dtype=np.float64)
+        self.best_head_ = best_head(self.head_inertia_ if self.head_selection == "inertia" else self.head_losses_)
+        self.history_ = [float(e[self.best_head_]) for e in per_epoch]
+        self._heads = head_img.select(self.best_head_).eval().cpu()
+        with self._timed("predict_train"), torch.no_grad():  # exactly what predict() gives
+            return self._batched(lambda x: self._heads(x)[0], xt.cpu()).argmax(1).numpy()
 
     # ------------------------------------------------------------------ names
     @torch.no_grad()
@@ -548,7 +636,7 @@ class TAC(BaseClusterMethod):
     def _predict_proba(self, X: np.ndarray, device: torch.device) -> np.ndarray:
         xt = torch.from_numpy(l2_normalize(X).astype(np.float32))
         if self._heads is not None:
-            return self._batched(self._heads, xt).numpy().astype(np.float32)
+            return self._batched(lambda x: self._heads(x)[0], xt).numpy().astype(np.float32)
         z = torch.cat([xt, self._retrieve(xt).float()], dim=1)
         c = torch.from_numpy(self.cluster_centers_)
         d2 = (z * z).sum(1, keepdim=True) - 2 * z @ c.T + (c * c).sum(1)[None, :]
