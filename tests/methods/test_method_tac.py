@@ -358,3 +358,11 @@ def test_tac_rejects_bad_n_heads(bad):
     X, _, nouns, emb = _toy_small()
     with pytest.raises(ValueError, match="n_heads must be a positive integer"):
         TAC(3, nouns=nouns, noun_embeddings=emb, n_heads=bad, epochs=1).fit(X)
+
+
+def test_tac_thread_policy_counts_the_head_pairs():
+    """Small fits run on one thread; n_heads pairs count as n_heads times the work (see _base.SINGLE_THREAD_MAX_VALUES)."""
+    X = np.zeros((1000, 64), dtype=np.float32)
+    assert TAC(3)._work_size(X) == X.size
+    assert TAC(3, n_heads=4)._work_size(X) == 4 * X.size
+    assert TAC(3, n_heads=4, train=False)._work_size(X) == X.size  # no heads without training
