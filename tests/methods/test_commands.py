@@ -82,6 +82,17 @@ def test_tac_with_noun_file_and_embeddings_names_clusters(store, noun_files, tmp
     assert s["text"]["noun_embeddings"]["shape"] == [30, DIM]
     assert s["params"]["epochs"] == 2 and len(s["history"]) == 2
     assert s["cluster_names"][0]["names"]
+    assert s["heads"]["n_heads"] == 1 and s["heads"]["selected"] == 0
+
+
+def test_tac_with_head_pairs_records_the_selection(store, noun_files, tmp_path):
+    s = run_fit(store, "tac", K, tmp_path / "tac4", noun_embeddings=np.load(noun_files[0]), n_heads=3,
+                verbose=False, **FAST_TAC)
+    h = s["heads"]
+    assert h["n_heads"] == 3 and len(h["last_epoch_loss"]) == 3 and len(h["joint_space_inertia"]) == 3
+    assert h["selected_by"] == "inertia" and h["selected"] == int(np.argmin(h["joint_space_inertia"]))
+    assert s["params"]["n_heads"] == 3
+    assert s["history"][-1] == pytest.approx(h["last_epoch_loss"][h["selected"]])
 
 
 def test_tac_notrain_with_an_array_of_noun_embeddings(store, noun_files, tmp_path):

@@ -9,7 +9,7 @@ clusters the embeddings of a store with one of the registered methods
 ``probabilities.npy``    float32 ``[N, K]``: ``predict_proba`` of each row (zeros for a left-out row)
 ``cluster_names.json``   TAC only: the nouns that name each cluster, with their scores and sizes
 ``scores.json``          when the store has class labels: NMI / ACC / ARI (:func:`mlcd.metrics.cluster_scores`)
-``summary.json``         what was run (method, options, sizes, loss per epoch, time, checksums); written last
+``summary.json``         what was run (method, options, sizes, loss per epoch, which head predicts, time, checksums); written last
 
 Everything about the input is checked before the (possibly long) fit, and
 nothing is written before the fit has succeeded. Each file is written
@@ -201,6 +201,16 @@ def _tac_options(key: str, n_dim: int, nouns: Any, text_encoder: Any, text_weigh
 # --------------------------------------------------------------------------- #
 # output
 # --------------------------------------------------------------------------- #
+def _heads_summary(est) -> dict:
+    """Multi-head methods (SCAN, SPICE, TEMI, TAC): which head predicts, and what chose it."""
+    out = {"n_heads": int(np.asarray(est.head_losses_).size), "selected": int(est.best_head_),
+           "last_epoch_loss": _jsonable([float(v) for v in np.asarray(est.head_losses_)])}
+    if getattr(est, "head_inertia_", None) is not None:
+        out["joint_space_inertia"] = _jsonable([float(v) for v in np.asarray(est.head_inertia_)])
+        out["selected_by"] = est.head_selection
+    return out
+
+
 def _jsonable(v: Any) -> Any:
     if isinstance(v, dict):
         return {str(k): _jsonable(x) for k, x in v.items()}
@@ -418,6 +428,7 @@ def run_fit(
         "cluster_sizes": _size_stats(sizes),
         "scores": _jsonable(scores),
         "history": _jsonable(list(getattr(est, "history_", []) or [])),
+        **({"heads": _heads_summary(est)} if getattr(est, "head_losses_", None) is not None else {}),
         "cluster_names": ([{"cluster": c, "names": row[:3]} for c, row in enumerate(est.cluster_names_)]
                           if key in _TAC_NAMES and getattr(est, "cluster_names_", None) is not None else None),
         "seed": int(seed),
