@@ -361,7 +361,7 @@ def test_tac_rejects_bad_n_heads(bad):
 
 
 def test_tac_thread_policy_counts_the_head_pairs():
-    """Small fits run on one thread; n_heads pairs count as n_heads times the work (see _base.SINGLE_THREAD_MAX_VALUES)."""
+    """Small fits run on one thread (_base.SINGLE_THREAD_MAX_VALUES); n_heads pairs count n_heads times."""
     X = np.zeros((1000, 64), dtype=np.float32)
     assert TAC(3)._work_size(X) == X.size
     assert TAC(3, n_heads=4)._work_size(X) == 4 * X.size

@@ -9,7 +9,7 @@ clusters the embeddings of a store with one of the registered methods
 ``probabilities.npy``    float32 ``[N, K]``: ``predict_proba`` of each row (zeros for a left-out row)
 ``cluster_names.json``   TAC only: the nouns that name each cluster, with their scores and sizes
 ``scores.json``          when the store has class labels: NMI / ACC / ARI (:func:`mlcd.metrics.cluster_scores`)
-``summary.json``         what was run (method, options, sizes, loss per epoch, which head predicts, time, checksums); written last
+``summary.json``         what was run (method, options, sizes, loss per epoch, the chosen head, time, checksums); written last
 
 Everything about the input is checked before the (possibly long) fit, and
 nothing is written before the fit has succeeded. Each file is written
