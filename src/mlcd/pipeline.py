@@ -50,7 +50,7 @@ def evaluate_embeddings(
     one-vs-rest logistic regression fitted on the train features.
     """
     from mlcd.cluster import KMeans
-    from mlcd.metrics import cluster_scores, knn_accuracy, linear_probe_accuracy, mean_average_precision
+    from mlcd.metrics import cluster_scores, knn_accuracy, linear_probe_accuracy
 
     scores: dict[str, float] = {}
     if train_y is not None and test_y is not None:

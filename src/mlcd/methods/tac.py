@@ -29,20 +29,19 @@ import os
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ._base import (
     BaseClusterMethod,
+    best_head,
     kmeans_fit,
     l2_normalize,
     mine_neighbors,
     minibatches,
-    best_head,
     random_neighbor,
     restart_seeds,
 )
