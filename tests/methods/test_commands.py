@@ -262,3 +262,21 @@ def test_cli_fit(store, tmp_path):
     assert json.loads((out / SUMMARY_FILE).read_text())["params"]["n_init"] == 2
     r = runner.invoke(app, ["fit", str(store), "--method", "kmeans", "--k", "500", "--out", str(tmp_path / "x")])
     assert r.exit_code != 0 and "larger than the number of rows" in r.output
+
+
+def test_cli_fit_tac_with_head_pairs(store, noun_files, tmp_path):
+    from typer.testing import CliRunner
+
+    from mlcd.cli import app
+
+    npy, txt = noun_files
+    out = tmp_path / "cli-tac"
+    r = CliRunner().invoke(app, ["fit", str(store), "--method", "tac", "--k", "3", "--out", str(out), "--quiet",
+                                 "--nouns", str(txt), "--noun-embeddings", str(npy), "--set", "n_heads=2",
+                                 "--set", "epochs=2", "--set", "batch_size=32", "--set", "n_neighbors=5"])
+    assert r.exit_code == 0, r.output
+    summary = json.loads((out / SUMMARY_FILE).read_text())
+    assert summary["params"]["n_heads"] == 2 and summary["heads"]["n_heads"] == 2
+    r = CliRunner().invoke(app, ["fit", str(store), "--method", "tac", "--k", "3", "--out", str(tmp_path / "bad"),
+                                 "--noun-embeddings", str(npy), "--set", "n_heads=0"])
+    assert r.exit_code != 0 and "n_heads must be a positive integer" in r.output
