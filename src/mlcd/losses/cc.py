@@ -27,17 +27,18 @@ def paired_nt_xent(sim: torch.Tensor, n: int) -> torch.Tensor:
     """NT-Xent over ``2n`` rows whose positives are ``r <-> r + n``.
 
     ``sim`` is the ``2n x 2n`` similarity matrix already divided by the
-    temperature. Row ``r``'s logits are every entry but ``sim[r, r]``; the
-    target is its partner ``(r + n) mod 2n``. Returns
-    ``sum_r CE_r / (2n)``, which is ``nn.CrossEntropyLoss(reduction="sum") / N``
-    on ``cat([positive, negatives])`` as the CC and TAC code build it.
+    temperature (or a stack ``[..., 2n, 2n]`` of them). Row ``r``'s logits are
+    every entry but ``sim[r, r]``; the target is its partner ``(r + n) mod 2n``.
+    Returns ``sum_r CE_r / (2n)`` (shape ``[...]``), which is
+    ``nn.CrossEntropyLoss(reduction="sum") / N`` on ``cat([positive, negatives])``
+    as the CC and TAC code build it.
     """
     m = 2 * n
     idx = torch.arange(m, device=sim.device)
     partner = (idx + n) % m
     logits = sim.masked_fill(torch.eye(m, dtype=torch.bool, device=sim.device), float("-inf"))
-    ce = torch.logsumexp(logits, dim=1) - sim[idx, partner]
-    return ce.sum() / m
+    ce = torch.logsumexp(logits, dim=-1) - sim[..., idx, partner]
+    return ce.sum(dim=-1) / m
 
 
 def negative_entropy_balance(c: torch.Tensor) -> torch.Tensor:

@@ -55,8 +55,7 @@ def balance_entropy(p: torch.Tensor, eps: float = 1e-9) -> torch.Tensor:
     """
     if p.dim() != 2:
         raise ValueError(f"p must be a 2-D [B, K] tensor; got shape {tuple(p.shape)}")
-    q = torch.clamp(p.mean(dim=0), min=eps)
-    return -(q * q.log()).sum()
+    return _entropy(p, eps)
 
 
 def tac_confidence_loss(p_a: torch.Tensor, p_b: torch.Tensor) -> torch.Tensor:
@@ -74,8 +73,7 @@ def tac_confidence_loss(p_a: torch.Tensor, p_b: torch.Tensor) -> torch.Tensor:
         0-d tensor.
     """
     _check_pair(p_a, p_b)
-    s = (p_a * p_b).sum(dim=1).clamp(0.0, 1.0)
-    return F.binary_cross_entropy(s, torch.ones_like(s))
+    return _confidence(p_a, p_b)
 
 
 def tac_distill_loss(p_a: torch.Tensor, p_b: torch.Tensor, temperature: float = 0.5) -> torch.Tensor:
@@ -98,10 +96,35 @@ def tac_distill_loss(p_a: torch.Tensor, p_b: torch.Tensor, temperature: float = 
         0-d tensor.
     """
     _check_pair(p_a, p_b)
-    k = p_a.shape[1]
-    c = F.normalize(torch.cat((p_a.t(), p_b.t()), dim=0), dim=1)
-    sim = c @ c.t() / temperature
-    return paired_nt_xent(sim, k)
+    return _distill(p_a, p_b, temperature)
+
+
+# The three terms on [..., B, K] stacks (one value per leading index); the public
+# functions above check their 2-D inputs and call these, and tac_objective_heads
+# calls them on [H, B, K] stacks.
+def _entropy(p: torch.Tensor, eps: float = 1e-9) -> torch.Tensor:
+    q = torch.clamp(p.mean(dim=-2), min=eps)
+    return -(q * q.log()).sum(dim=-1)
+
+
+def _confidence(p_a: torch.Tensor, p_b: torch.Tensor) -> torch.Tensor:
+    s = (p_a * p_b).sum(dim=-1).clamp(0.0, 1.0)
+    return F.binary_cross_entropy(s, torch.ones_like(s), reduction="none").mean(dim=-1)
+
+
+def _distill(p_a: torch.Tensor, p_b: torch.Tensor, temperature: float) -> torch.Tensor:
+    c = F.normalize(torch.cat((p_a.transpose(-1, -2), p_b.transpose(-1, -2)), dim=-2), dim=-1)  # [..., 2K, B]
+    sim = c @ c.transpose(-1, -2) / temperature
+    return paired_nt_xent(sim, p_a.shape[-1])
+
+
+def _objective_parts(p_text, p_image, p_text_nbr, p_image_nbr, temperature):
+    """(distill, consistency, entropy) of the TAC objective, on 2-D or stacked inputs."""
+    # built in this order so that the gradients add up in the order TAC(n_heads) has always used
+    consistency = _confidence(p_text, p_image)
+    entropy = _entropy(p_text) + _entropy(p_image)
+    distill = _distill(p_image, p_text_nbr, temperature) + _distill(p_text, p_image_nbr, temperature)
+    return distill, consistency, entropy
 
 
 class TACObjective(NamedTuple):
@@ -143,11 +166,9 @@ def tac_objective(
     Returns:
         :class:`TACObjective` ``(total, distill, consistency, entropy)``.
     """
-    distill = tac_distill_loss(p_image, p_text_nbr, temperature) + tac_distill_loss(
-        p_text, p_image_nbr, temperature
-    )
-    consistency = tac_confidence_loss(p_text, p_image)
-    entropy = balance_entropy(p_text) + balance_entropy(p_image)
+    for a, b in ((p_text, p_image), (p_text, p_text_nbr), (p_image, p_image_nbr)):
+        _check_pair(a, b)
+    distill, consistency, entropy = _objective_parts(p_text, p_image, p_text_nbr, p_image_nbr, temperature)
     total = distill + consistency - alpha * entropy
     return TACObjective(total, distill, consistency, entropy)
 
@@ -175,25 +196,11 @@ def tac_objective_heads(
     Returns:
         ``[H]``: each pair's total objective.
     """
-    if p_image.dim() != 3:
-        raise ValueError(f"tac_objective_heads takes [H, B, K] inputs; got shape {tuple(p_image.shape)}")
-    h, _, k = p_image.shape
-
-    def distill(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:  # tac_distill_loss per head
-        c = F.normalize(torch.cat((a.transpose(1, 2), b.transpose(1, 2)), dim=1), dim=2)  # [H, 2K, B]
-        sim = torch.bmm(c, c.transpose(1, 2)) / temperature
-        m = 2 * k
-        idx = torch.arange(m, device=sim.device)
-        logits = sim.masked_fill(torch.eye(m, dtype=torch.bool, device=sim.device), float("-inf"))
-        ce = torch.logsumexp(logits, dim=2) - sim[:, idx, (idx + k) % m]
-        return ce.sum(1) / m
-
-    s = (p_text * p_image).sum(dim=2).clamp(0.0, 1.0)
-    consistency = F.binary_cross_entropy(s, torch.ones_like(s), reduction="none").mean(1)
-    q_text = torch.clamp(p_text.mean(dim=1), min=1e-9)
-    q_image = torch.clamp(p_image.mean(dim=1), min=1e-9)
-    entropy = -(q_text * q_text.log()).sum(1) - (q_image * q_image.log()).sum(1)
-    return distill(p_image, p_text_nbr) + distill(p_text, p_image_nbr) + consistency - alpha * entropy
+    shapes = {tuple(p.shape) for p in (p_text, p_image, p_text_nbr, p_image_nbr)}
+    if p_image.dim() != 3 or len(shapes) != 1:
+        raise ValueError(f"tac_objective_heads takes four [H, B, K] inputs of one shape; got {sorted(shapes)}")
+    distill, consistency, entropy = _objective_parts(p_text, p_image, p_text_nbr, p_image_nbr, temperature)
+    return distill + consistency - alpha * entropy
 
 
 def tac_select_nouns(
